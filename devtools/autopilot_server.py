@@ -182,6 +182,9 @@ class LocalAutopilot:
         self.bad_contact_mode = bad_contact_mode
         self.duplicate_list_mode = duplicate_list_mode
         self.bulk_honours_list = bulk_honours_list
+        self.refused_domains: set[str] = set()
+        """Addresses at these domains are refused as invalid (Autopilot's own rules are stricter than
+        RFC syntax, e.g. for blocked domains): lets tests see a contact our validation accepts refused."""
         self.page_size = page_size
         self.faults = Faults()
         self._rng = random.Random(seed)
@@ -487,8 +490,7 @@ class LocalAutopilot:
 
     # -- contacts --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _problem(contact: Any, index: int | None) -> str | None:
+    def _problem(self, contact: Any, index: int | None) -> str | None:
         """Why a contact would be refused, naming it as the real API does (its message echoes the email)."""
         where = "Contact" if index is None else f"Contact {index}"
         if not isinstance(contact, dict):
@@ -496,7 +498,10 @@ class LocalAutopilot:
         address = contact.get("Email")
         if not isinstance(address, str) or not address.strip():
             return f"{where} has no Email."
-        if not _EMAIL.match(address.strip()):
+        if (
+            not _EMAIL.match(address.strip())
+            or address.strip().lower().rpartition("@")[2] in self.refused_domains
+        ):
             return f"{where} has an invalid Email: '{address}'."
         custom = contact.get("custom")
         if custom is not None:

@@ -7,8 +7,7 @@ names and upserts the same contacts.
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +18,12 @@ from typing import Any
 from shared.autopilot_client import ApiKeySource, AutopilotClient, ClientStats
 from shared.blob_store import BlobNotFoundError, BlobStore
 from shared.config import ExportsConfig, load_config
-from shared.contact_mapping import REJECT_REFUSED_BY_AUTOPILOT
 from shared.key_vault import key_source_for
-from shared.redact import scrub
 from shared.report import UploadTotals, build_report, merge_rejects
 from shared.runs import ExportRun
 from shared.segment_file import SegmentFileError
 from shared.settings import Settings, get_settings
-from shared.staging import PLAN_REJECTS, REJECTS_HEADER, BlobStaging, plan_run, staging_prefix
+from shared.staging import PLAN_REJECTS, BlobStaging, plan_run, refused_rejects_csv, staging_prefix
 
 log = logging.getLogger(__name__)
 
@@ -159,31 +156,15 @@ def upload_batch(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
     sink = BlobStaging(ctx.results, ctx.settings.results_container, staging_prefix(payload["instance_id"]))
     batch_index = int(payload["batch"])
     items = sink.read_batch(batch_index)
-    by_email = {item.contact["Email"]: item for item in items}
     stats = ClientStats()
     rate = float(payload.get("requests_per_second") or connection.requests_per_second)
     with ctx.autopilot(connection.name, rate, stats) as client:
         outcome = client.upsert_contacts([item.contact for item in items], payload.get("list_id"))
     if outcome.rejected:
-        rows = []
-        for refused in outcome.rejected:
-            item = by_email.get(refused.email.strip().lower()) or by_email.get(refused.email)
-            rows.append(
-                [
-                    item.file if item else "",
-                    item.row if item else "",
-                    REJECT_REFUSED_BY_AUTOPILOT,
-                    scrub(refused.reason),
-                ]
-            )
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow([*REJECTS_HEADER, *_value_columns(payload)])
-        writer.writerows(rows)
         ctx.results.write_bytes(
             ctx.settings.results_container,
             f"{sink.prefix}/{UPLOAD_REJECTS_PREFIX}{batch_index:06d}.csv",
-            buffer.getvalue().encode("utf-8"),
+            refused_rejects_csv(outcome.rejected, items),
             content_type="text/csv",
         )
     result = {
@@ -196,11 +177,6 @@ def upload_batch(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
     }
     log.info("uploaded batch %d of %s: %s", batch_index, payload["instance_id"], result)
     return result
-
-
-def _value_columns(payload: dict[str, Any]) -> list[str]:
-    email = str(payload.get("email_column", "")).lower()
-    return [c for c in payload.get("columns", []) if c.lower() != email]
 
 
 def write_report(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +210,6 @@ def write_report(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
         ctx.results.write_stream(container, f"{report_prefix}/rejects.csv", merged, content_type="text/csv")
         report.rejects_blob = f"{container}/{report_prefix}/rejects.csv"
     report.report_blob = f"{container}/{report_prefix}/report.json"
-    import json
-
     ctx.results.write_bytes(
         container,
         f"{report_prefix}/report.json",

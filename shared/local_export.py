@@ -7,31 +7,27 @@ backfill) should not need a Function App; they still get the same rejects file a
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 from shared.autopilot_client import AutopilotClient, UpsertOutcome
 from shared.config import ExportConfig
-from shared.contact_mapping import REJECT_REFUSED_BY_AUTOPILOT
 from shared.report import RunReport, UploadTotals, build_report, merge_rejects
 from shared.runs import ExportRun
 from shared.staging import (
     PLAN_REJECTS,
-    REJECTS_HEADER,
     PlanSummary,
     StagedContact,
     batch_name,
     decode_batch,
     plan_run,
+    refused_rejects_csv,
 )
 
 
@@ -92,46 +88,32 @@ def export_locally(
     summary, staging = plan_locally(run, export, open_file, out_dir, batch_size=batch_size)
     totals = UploadTotals()
     list_id: str | None = None
-    error: str | None = None
     sample = staging.read_batch(1)[:5] if summary.batches else []
     if client is not None and summary.batches:
         list_id = client.find_or_create_list(list_title)
-        lock = threading.Lock()
-        refused_rows: list[list[Any]] = []
+        refused_parts: list[bytes] = []
 
-        def upload(index: int) -> tuple[int, UpsertOutcome, list[Any]]:
+        def upload(index: int) -> tuple[UpsertOutcome, list[StagedContact]]:
             items = staging.read_batch(index)
-            return index, client.upsert_contacts([i.contact for i in items], list_id), items
+            return client.upsert_contacts([i.contact for i in items], list_id), items
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for index, outcome, items in pool.map(upload, range(1, summary.batches + 1)):
-                by_email = {i.contact["Email"]: i for i in items}
-                with lock:
-                    totals.add(
-                        {"batches_done": 1, "uploaded": outcome.uploaded, "refused": len(outcome.rejected)}
-                    )
-                    for refused in outcome.rejected:
-                        item = by_email.get(refused.email.strip().lower())
-                        refused_rows.append(
-                            [
-                                item.file if item else "",
-                                item.row if item else "",
-                                REJECT_REFUSED_BY_AUTOPILOT,
-                                refused.reason,
-                            ]
-                        )
+            for index, (outcome, items) in enumerate(
+                pool.map(upload, range(1, summary.batches + 1)), start=1
+            ):
+                totals.add(
+                    {"batches_done": 1, "uploaded": outcome.uploaded, "refused": len(outcome.rejected)}
+                )
+                if outcome.rejected:
+                    refused_parts.append(refused_rejects_csv(outcome.rejected, items))
                 if on_batch is not None:
                     on_batch(index, summary.batches)
-        if refused_rows:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(REJECTS_HEADER)
-            writer.writerows(refused_rows)
-            (staging.root / "upload-rejects.csv").write_text(buffer.getvalue(), encoding="utf-8")
+        for number, part in enumerate(refused_parts, start=1):
+            (staging.root / f"upload-rejects-{number:06d}.csv").write_bytes(part)
     if stats is not None:
         totals.add(stats())
     finished = datetime.now(UTC)
-    status = "dry-run" if client is None else ("failed" if error else "completed")
+    status = "dry-run" if client is None else "completed"
     run_input = run.to_input(dry_run=client is None, trigger="cli")
     report = build_report(
         run=run_input,
@@ -143,12 +125,9 @@ def export_locally(
         started_at=started.isoformat(),
         finished_at=finished.isoformat(),
         duration_seconds=(finished - started).total_seconds(),
-        error=error,
     )
     rejects_path = out_dir / "rejects.csv"
-    parts = [staging.root / PLAN_REJECTS]
-    if (staging.root / "upload-rejects.csv").exists():
-        parts.append(staging.root / "upload-rejects.csv")
+    parts = [staging.root / PLAN_REJECTS, *sorted(staging.root.glob("upload-rejects-*.csv"))]
     files = [p.open("rb") for p in parts]
     try:
         merged = merge_rejects(files)

@@ -6,7 +6,6 @@ uploaded plus every reject, and the check is made here, not left to the reader.
 
 from __future__ import annotations
 
-import csv
 import io
 import tempfile
 from collections.abc import Iterable
@@ -161,11 +160,3 @@ def merge_rejects(parts: Iterable[IO[bytes]]) -> IO[bytes]:
             out.write(chunk.encode("utf-8"))
     out.seek(0)
     return out
-
-
-def rejects_csv(header: list[str], records: Iterable[list[Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(records)
-    return buffer.getvalue().encode("utf-8")

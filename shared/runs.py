@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
@@ -62,7 +62,6 @@ class ExportRun:
     fmt: CsvFormat
     columns: tuple[str, ...] | None = None
     version: str = ""  # the ETag of a hand-dropped file: a re-upload is a new run
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def instance_id(self) -> str:

@@ -20,10 +20,12 @@ from typing import IO, Any, BinaryIO, Protocol
 from shared.config import ExportConfig
 from shared.contact_mapping import (
     REJECT_DUPLICATE_EMAIL,
+    REJECT_REFUSED_BY_AUTOPILOT,
     ContactMapper,
     DuplicateFilter,
     RowReject,
 )
+from shared.redact import scrub
 from shared.runs import ExportRun
 from shared.segment_file import open_segment_file
 
@@ -85,6 +87,29 @@ class StagingSink(Protocol):
     def write_batch(self, index: int, data: bytes) -> None: ...
 
     def write_rejects(self, name: str, stream: IO[bytes]) -> None: ...
+
+
+def refused_rejects_csv(refused: Sequence[Any], items: Sequence[StagedContact]) -> bytes:
+    """Rejects CSV rows for contacts Autopilot refused, traced back to their file and row.
+
+    ``refused`` holds ``RejectedContact``-like values (``email``, ``reason``); the email itself is
+    never written, only where the row came from and Autopilot's (already scrubbed) message.
+    """
+    by_email = {item.contact["Email"]: item for item in items}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(REJECTS_HEADER)
+    for contact in refused:
+        item = by_email.get(contact.email.strip().lower()) or by_email.get(contact.email)
+        writer.writerow(
+            [
+                item.file if item else "",
+                item.row if item else "",
+                REJECT_REFUSED_BY_AUTOPILOT,
+                scrub(contact.reason),
+            ]
+        )
+    return buffer.getvalue().encode("utf-8")
 
 
 def batch_name(index: int) -> str:
