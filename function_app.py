@@ -111,7 +111,7 @@ def plan_run(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.activity_trigger(input_name="payload")
-def ensure_list(payload: dict[str, Any]) -> str:
+def ensure_list(payload: dict[str, Any]) -> dict[str, Any]:
     return activities.ensure_list(activities.app_context(), payload)
 
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from shared.autopilot_client import ApiKeySource, AutopilotClient, ClientStats
+from shared.autopilot_client import ApiKeySource, AutopilotAuthError, AutopilotClient, ClientStats
 from shared.blob_store import BlobNotFoundError, BlobStore
 from shared.config import ExportsConfig, load_config
-from shared.key_vault import key_source_for
+from shared.key_vault import KeyVaultAccessError, key_source_for
 from shared.report import UploadTotals, build_report, merge_rejects
 from shared.runs import ExportRun
 from shared.segment_file import SegmentFileError
@@ -28,6 +28,11 @@ from shared.staging import PLAN_REJECTS, BlobStaging, plan_run, refused_rejects_
 log = logging.getLogger(__name__)
 
 UPLOAD_REJECTS_PREFIX = "upload-rejects-"
+
+
+PERMANENT_ERRORS = (AutopilotAuthError, KeyVaultAccessError)
+"""Failures a retry cannot fix (a refused or unreadable key): returned as results, so the run stops
+at once with the error instead of retrying for minutes."""
 
 
 class PartitionMissingError(RuntimeError):
@@ -137,16 +142,21 @@ def plan(ctx: AppContext, run_input: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def ensure_list(ctx: AppContext, payload: dict[str, Any]) -> str:
+def ensure_list(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """``{"list_id"}``, or ``{"error"}`` when the key is refused or unreadable: retrying cannot fix that."""
     export = ctx.config.export(payload["export"])
     segment = export.segment(payload["segment"])
     if segment is None:
         raise KeyError(f"export '{export.name}' has no segment '{payload['segment']}'")
     connection = ctx.config.connection_for(export)
-    with ctx.autopilot(connection.name, connection.requests_per_second, ClientStats()) as client:
-        list_id = client.find_or_create_list(segment.list_title)
+    try:
+        with ctx.autopilot(connection.name, connection.requests_per_second, ClientStats()) as client:
+            list_id = client.find_or_create_list(segment.list_title)
+    except PERMANENT_ERRORS as exc:
+        log.error("cannot prepare the Autopilot list of %s/%s: %s", export.name, segment.name, exc)
+        return {"error": str(exc)}
     log.info("Autopilot list for %s/%s: %s", export.name, segment.name, list_id)
-    return list_id
+    return {"list_id": list_id}
 
 
 def upload_batch(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +168,12 @@ def upload_batch(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
     items = sink.read_batch(batch_index)
     stats = ClientStats()
     rate = float(payload.get("requests_per_second") or connection.requests_per_second)
-    with ctx.autopilot(connection.name, rate, stats) as client:
-        outcome = client.upsert_contacts([item.contact for item in items], payload.get("list_id"))
+    try:
+        with ctx.autopilot(connection.name, rate, stats) as client:
+            outcome = client.upsert_contacts([item.contact for item in items], payload.get("list_id"))
+    except PERMANENT_ERRORS as exc:
+        log.error("batch %d of %s cannot be uploaded: %s", batch_index, payload["instance_id"], exc)
+        return {"batch": batch_index, "error": str(exc), **stats.snapshot()}
     if outcome.rejected:
         ctx.results.write_bytes(
             ctx.settings.results_container,

@@ -15,7 +15,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from shared.report import UploadTotals
+from shared.report import STAT_KEYS, UploadTotals
 
 EXPORT_ORCHESTRATOR = "export_run"
 UPLOAD_ORCHESTRATOR = "upload_batches"
@@ -100,12 +100,15 @@ def export_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, d
     error: str | None = plan.get("error")
     if error is None and not run.get("dry_run") and plan["batches"] > 0:
         context.set_custom_status(progress("preparing list", plan, totals))
-        list_id = yield context.call_activity_with_retry(
+        listed = yield context.call_activity_with_retry(
             ENSURE_LIST_ACTIVITY,
             _retry(tuning.retry_first_ms, tuning.retry_attempts),
             {"export": run["export"], "segment": run["segment"]},
         )
-        for index, (first, last) in enumerate(batch_windows(plan["batches"], tuning.batches_per_sub)):
+        error = listed.get("error")
+        list_id = listed.get("list_id")
+        windows = [] if error else batch_windows(plan["batches"], tuning.batches_per_sub)
+        for index, (first, last) in enumerate(windows):
             child_id = sub_instance_id(context.instance_id, index)
             context.set_custom_status(progress("uploading", plan, totals, current_upload=child_id))
             result = yield context.call_sub_orchestrator(
@@ -188,6 +191,10 @@ def upload_batches(context: df.DurableOrchestrationContext) -> Generator[Any, An
         if _failed(done):
             stop = True
             totals.failed_batches.append({"batch": batch, "error": _error_text(done.result)})
+        elif done.result.get("error"):
+            stop = True
+            totals.failed_batches.append({"batch": batch, "error": _error_text(done.result["error"])})
+            totals.add({k: v for k, v in done.result.items() if k in STAT_KEYS})
         else:
             totals.add(done.result)
         context.set_custom_status(

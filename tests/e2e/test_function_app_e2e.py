@@ -301,3 +301,27 @@ def test_timer_exports_a_scheduled_run_once(tmp_path: Path, monkeypatch: pytest.
     assert [s.instance_id for s in after_second_tick if s.name == "export_run"] == [status.instance_id]
     assert len(counts) == generated.expected.unique_valid
     assert max(counts.values()) == 1
+
+
+def test_a_run_that_cannot_deliver_fails_with_the_report_of_what_was_delivered(tmp_path: Path) -> None:
+    with LocalStack(tmp_path / "stack", autopilot_rps=10, settings={"STAGED_BATCH_SIZE": "200"}) as stack:
+        runner = stack.start_runner()
+        generated = generate(stack, profiles=4000, partitions=2)
+        with stack.api(runner.url) as api:
+            instance_id = wait_for_runs(api, count=1, timeout=60)[0]["instance_id"]
+            deadline = time.monotonic() + 60
+            while (api.get(f"runs/{instance_id}").json().get("custom_status") or {}).get("batches_done", 0) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            stack.autopilot.rotate_key("regenerated-in-autopilot-but-not-in-key-vault")
+            body = wait_until_done(api, instance_id, timeout=120)
+        delivered = len(upserts_per_email(stack))
+        summary = body["custom_status"]["report"]
+        stored = json.loads(read_blob(stack, RESULTS_CONTAINER, results_path(summary["report_blob"])))
+    assert body["runtime_status"] == "Failed"
+    assert "Autopilot rejected the API key of connection 'main'" in json.dumps(body["output"])
+    assert summary["status"] == "failed"
+    assert 0 < summary["contacts_uploaded"] <= delivered < generated.expected.unique_valid
+    assert stored["status"] == "failed"
+    assert stored["contacts_uploaded"] == summary["contacts_uploaded"]
+    assert "rejected the API key" in stored["error"]
