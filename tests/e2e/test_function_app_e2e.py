@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devtools.local_stack import (
@@ -47,6 +48,16 @@ def read_blob(stack: LocalStack, container: str, name: str) -> bytes:
 def upserts_per_email(stack: LocalStack) -> Counter[str]:
     with stack.autopilot.lock:
         return Counter(stack.autopilot.upsert_counts)
+
+
+def wait_for_progress(
+    api: httpx.Client, instance_id: str, key: str, *, at_least: int, timeout: float
+) -> None:
+    """Until the run's progress counter ``key`` reaches ``at_least`` (it moves as batches finish)."""
+    deadline = time.monotonic() + timeout
+    while (api.get(f"runs/{instance_id}").json().get("custom_status") or {}).get(key, 0) < at_least:
+        assert time.monotonic() < deadline, f"{key} stayed below {at_least} for {timeout}s"
+        time.sleep(0.1)
 
 
 def results_path(blob: str) -> str:
@@ -219,12 +230,7 @@ def test_cancel_stops_a_running_export(tmp_path: Path) -> None:
         generated = generate(slow, profiles=6000, partitions=2)
         with slow.api(runner.url) as api:
             instance_id = wait_for_runs(api, count=1, timeout=60)[0]["instance_id"]
-            deadline = time.monotonic() + 60
-            while (api.get(f"runs/{instance_id}").json().get("custom_status") or {}).get(
-                "contacts_uploaded", 0
-            ) == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_for_progress(api, instance_id, "contacts_uploaded", at_least=1, timeout=60)
             cancelled = api.post(f"runs/{instance_id}/cancel")
             body = wait_until_done(api, instance_id, timeout=30)
             again = api.post(f"runs/{instance_id}/cancel")
@@ -247,12 +253,7 @@ def test_killed_runner_resumes_without_resending_finished_batches(tmp_path: Path
         generated = generate(stack, profiles=6000, partitions=2)
         with stack.api(runner.url) as api:
             instance_id = wait_for_runs(api, count=1, timeout=60)[0]["instance_id"]
-            deadline = time.monotonic() + 90
-            while (api.get(f"runs/{instance_id}").json().get("custom_status") or {}).get(
-                "batches_done", 0
-            ) < 4:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_for_progress(api, instance_id, "batches_done", at_least=4, timeout=90)
         runner.kill()
         before_restart = upserts_per_email(stack)
         runner = stack.start_runner()
@@ -309,10 +310,7 @@ def test_a_run_that_cannot_deliver_fails_with_the_report_of_what_was_delivered(t
         generated = generate(stack, profiles=4000, partitions=2)
         with stack.api(runner.url) as api:
             instance_id = wait_for_runs(api, count=1, timeout=60)[0]["instance_id"]
-            deadline = time.monotonic() + 60
-            while (api.get(f"runs/{instance_id}").json().get("custom_status") or {}).get("batches_done", 0) < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_for_progress(api, instance_id, "batches_done", at_least=2, timeout=60)
             stack.autopilot.rotate_key("regenerated-in-autopilot-but-not-in-key-vault")
             body = wait_until_done(api, instance_id, timeout=120)
         delivered = len(upserts_per_email(stack))
