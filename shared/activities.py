@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from shared.autopilot_client import ApiKeySource, AutopilotAuthError, AutopilotClient, ClientStats
@@ -89,9 +90,22 @@ def app_context() -> AppContext:
     return build_context(get_settings())
 
 
+APP_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_location(location: str) -> str:
+    """A relative ``EXPORTS_CONFIG`` path is the app's file: Azure does not promise the working
+    directory is the app root, so look beside ``function_app.py`` when it is not found as given."""
+    text = location.strip()
+    if text.startswith(("{", "blob:")) or Path(text).is_absolute() or Path(text).exists():
+        return location
+    beside_app = APP_ROOT / text
+    return str(beside_app) if beside_app.exists() else location
+
+
 def build_context(settings: Settings, **overrides: Any) -> AppContext:
     results = BlobStore.for_results(settings)
-    config = load_config(settings.exports_config, read_blob=results.read_bytes)
+    config = load_config(config_location(settings.exports_config), read_blob=results.read_bytes)
     return AppContext(
         settings=settings,
         config=config,

@@ -350,3 +350,14 @@ def test_a_key_autopilot_refuses_even_after_a_refresh_fails_the_batch_at_once(st
     assert "Autopilot rejected the API key of connection 'main'" in result["error"]
     assert server.api_key not in result["error"]
     assert result["requests"] == 2
+
+
+def test_a_relative_config_path_is_found_beside_the_app_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert activities.config_location("examples/exports.json") == str(
+        activities.APP_ROOT / "examples/exports.json"
+    )
+    assert activities.config_location('{"inline": true}') == '{"inline": true}'
+    assert activities.config_location("missing.json") == "missing.json"
