@@ -119,6 +119,41 @@ resource resultsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
   }
 }
 
+// Staged batches are deleted when a run completes; what a failed or cancelled run leaves under
+// staging/ (and every run's reject parts) is swept after two weeks. Reports under runs/ are kept.
+resource stagingCleanup 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-staging-after-14-days'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${resultsContainerName}/staging/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: 14
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
+
 resource exportsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (!empty(exportsContainerName)) {
   parent: blobService
   name: exportsContainerName

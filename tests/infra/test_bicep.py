@@ -636,3 +636,16 @@ def funcignore_excludes(path: str) -> bool:
         elif any(fnmatch.fnmatch(part, pattern) for part in parts) or fnmatch.fnmatch(path, pattern):
             return True
     return False
+
+
+def test_staging_left_by_failed_runs_is_swept_and_reports_are_kept() -> None:
+    policy = only_resource(
+        module("host-storage.bicep"), "Microsoft.Storage/storageAccounts/managementPolicies"
+    )
+    [rule] = policy["properties"]["policy"]["rules"]
+    definition = rule["definition"]
+    prefixes = [str(p) for p in definition["filters"]["prefixMatch"]]
+    assert len(prefixes) == 1
+    assert "/staging/" in prefixes[0]
+    assert "runs/" not in prefixes[0]
+    assert definition["actions"]["baseBlob"]["delete"]["daysAfterModificationGreaterThan"] >= 7
