@@ -323,3 +323,15 @@ def test_a_run_that_cannot_deliver_fails_with_the_report_of_what_was_delivered(t
     assert stored["status"] == "failed"
     assert stored["contacts_uploaded"] == summary["contacts_uploaded"]
     assert "rejected the API key" in stored["error"]
+
+
+def test_files_no_export_claims_are_left_alone(stack: LocalStack) -> None:
+    runner = stack.start_runner()
+    service = stack.blob_service
+    for name in ("somewhere/else.csv", f"{NEWSLETTER_FOLDER}/UnknownSegment/x.csv", "notes/readme.txt"):
+        service.get_blob_client(EXPORTS_CONTAINER, name).upload_blob(b"Email\r\na@example.com\r\n")
+    with stack.api(runner.url) as api:
+        time.sleep(2)  # four blob polls
+        assert api.get("runs").json()["runs"] == []
+    assert stack.autopilot.state()["requests"] == 0
+    assert "no export claims blob ci-exports/somewhere/else.csv" in runner.log_path.read_text()
