@@ -20,6 +20,7 @@ from shared.autopilot_client import ApiKeySource, AutopilotAuthError, AutopilotC
 from shared.blob_store import BlobNotFoundError, BlobStore
 from shared.config import ExportsConfig, load_config
 from shared.key_vault import KeyVaultAccessError, key_source_for
+from shared.rate_limit import PacerChain, RateLimiter, connection_limiter
 from shared.report import UploadTotals, build_report, merge_rejects
 from shared.runs import ExportRun
 from shared.segment_file import SegmentFileError
@@ -73,11 +74,18 @@ class AppContext:
     def autopilot(
         self, connection_name: str, requests_per_second: float, stats: ClientStats
     ) -> AutopilotClient:
+        """A client paced at ``requests_per_second`` (a run's share) and, together with every other
+        client of this process, at the connection's configured rate."""
+        connection = self.config.connections[connection_name]
+        pacer = PacerChain(
+            RateLimiter(requests_per_second),
+            connection_limiter(connection_name, connection.requests_per_second),
+        )
         return AutopilotClient(
             self.settings.autopilot_base_url,
             self.key_source(connection_name),
             connection_name=connection_name,
-            requests_per_second=requests_per_second,
+            rate_limiter=pacer,
             timeout=self.settings.http_timeout_seconds,
             max_retries=self.settings.max_retries,
             stats=stats,

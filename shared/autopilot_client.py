@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.rate_limit import RateLimiter
+from shared.rate_limit import Pacer, RateLimiter
 from shared.redact import email_hash, scrub
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class AutopilotClient:
         *,
         connection_name: str,
         requests_per_second: float | None = 5.0,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: Pacer | None = None,
         timeout: float = 30.0,
         max_retries: int = 8,
         backoff_base: float = 0.5,
@@ -321,7 +321,7 @@ class AutopilotClient:
         self._base_url = base_url.rstrip("/")
         self._keys = key_source
         self.connection_name = connection_name
-        self.rate_limiter = rate_limiter or RateLimiter(requests_per_second, sleep=sleep)
+        self.rate_limiter: Pacer = rate_limiter or RateLimiter(requests_per_second, sleep=sleep)
         self._timeout = timeout
         self._max_retries = max(0, max_retries)
         self._backoff_base = backoff_base

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -101,3 +102,45 @@ class RateLimiter:
         """Pause every caller for ``seconds`` from now (a 429's back-off)."""
         if seconds > 0:
             self.pause_until(self._clock() + seconds)
+
+
+class Pacer(Protocol):
+    """What the Autopilot client needs of a limiter: a slot per request, and a shared back-off."""
+
+    def acquire(self) -> None: ...
+
+    def pause_for(self, seconds: float) -> None: ...
+
+
+class PacerChain:
+    """Several limits at once: a request goes when every one of them gives it a slot.
+
+    An upload activity paces at its run's share of the connection (``rate / in-flight uploads``:
+    safe however many machines the activities land on) AND at the connection's process-wide limit
+    (two runs of the same connection in one worker cannot add up to twice the rate).
+    """
+
+    def __init__(self, *pacers: Pacer) -> None:
+        self._pacers = pacers
+
+    def acquire(self) -> None:
+        for pacer in self._pacers:
+            pacer.acquire()
+
+    def pause_for(self, seconds: float) -> None:
+        for pacer in self._pacers:
+            pacer.pause_for(seconds)
+
+
+_connection_limiters: dict[tuple[str, float | None], RateLimiter] = {}
+_registry_lock = threading.Lock()
+
+
+def connection_limiter(connection: str, requests_per_second: float | None) -> RateLimiter:
+    """The process's one limiter for a connection at its configured rate, shared by every client."""
+    key = (connection, requests_per_second)
+    with _registry_lock:
+        limiter = _connection_limiters.get(key)
+        if limiter is None:
+            limiter = _connection_limiters[key] = RateLimiter(requests_per_second)
+        return limiter

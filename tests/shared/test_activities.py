@@ -361,3 +361,20 @@ def test_a_relative_config_path_is_found_beside_the_app_whatever_the_working_dir
     )
     assert activities.config_location('{"inline": true}') == '{"inline": true}'
     assert activities.config_location("missing.json") == "missing.json"
+
+
+def test_two_runs_of_one_connection_in_one_process_share_its_rate(stack: dict[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server: LocalAutopilot = stack["server"]
+    ctx = make_context(stack["azurite"], stack["container"], server, stack["vault"], rps=15)
+    for name in ("a.csv", "b.csv"):
+        upload_csv(
+            stack["azurite"], stack["container"], f"{FOLDER}/VIP/{name}", rows(800, domain=name[0] + ".com")
+        )
+    payloads = [manual_payload(ctx, f"{FOLDER}/VIP/{name}") for name in ("a.csv", "b.csv")]
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda p: run_all(ctx, p), payloads))
+    assert [r["contacts_uploaded"] for r in reports] == [800, 800]
+    assert server.state()["max_requests_in_1s"] <= 17  # 15 evenly spaced, +1 window edge, +1 jitter
+    assert server.state()["requests_by_status"].get("429", 0) == 0
