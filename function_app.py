@@ -14,6 +14,7 @@ from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 
 from shared import activities, http_api, orchestration, triggers
 
@@ -35,15 +36,19 @@ def _base_url(req: func.HttpRequest) -> str:
 
 
 # --- blob door ---------------------------------------------------------------------------------
+# Typed as the SDK's BlobClient, the host sends only the blob's name (a partition CSV can be
+# gigabytes, and the door needs nothing else); the binding extension builds the client from the
+# EXPORTS_STORAGE connection settings.
 @app.blob_trigger(
-    arg_name="blob",
+    arg_name="blob_client",
     path="%EXPORTS_CONTAINER%/{name}",
     connection="EXPORTS_STORAGE",
     source=func.BlobSource.EVENT_GRID,
 )
 @app.durable_client_input(client_name="client")
-async def segment_blob_trigger(blob: func.InputStream, client: df.DurableOrchestrationClient) -> None:
-    await triggers.on_blob(activities.app_context(), client, blob.name or "")
+async def segment_blob_trigger(blob_client: blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
+    blob_path = f"{blob_client.container_name}/{blob_client.blob_name}"
+    await triggers.on_blob(activities.app_context(), client, blob_path)
 
 
 # --- timer door ----------------------------------------------------------------------------------

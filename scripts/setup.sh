@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -d node_modules/
   echo "setup: installing Python requirements" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "setup: installing npm packages (Azurite)" >&2
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
   echo "$want" > "$stamp"

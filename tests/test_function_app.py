@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import typing
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from azurefunctions.extensions.base import get_binding_registry
 
 APP_FILE = Path(__file__).resolve().parent.parent / "function_app.py"
 
@@ -24,9 +27,26 @@ def indexed() -> dict[str, dict[str, Any]]:
     functions = module.app.get_functions()
     result = {}
     for function in functions:
-        raw = [json.loads(b) for b in function.get_raw_bindings()]
+        raw = [json.loads(b) for b in worker_raw_bindings(function)]
         result[function.get_function_name()] = {"bindings": raw, "trigger": function.get_trigger().type}
     return result
+
+
+def worker_raw_bindings(function: Any) -> list[str]:
+    """The binding JSON the Python worker sends the host (its ``loader.get_fx_raw_bindings``).
+
+    A function with a parameter annotated as an SDK type (``check_deferred_bindings_enabled``) has
+    its bindings rendered by the extension base, which flags each one ``SupportsDeferredBinding``;
+    the host then sends model binding data instead of content for the flagged ones. Other functions
+    send ``get_raw_bindings()`` unchanged.
+    """
+    registry = get_binding_registry()
+    hints = typing.get_type_hints(function.get_user_function())
+    input_types = {b.name: SimpleNamespace(pytype=hints.get(b.name)) for b in function.get_bindings()}
+    if any(registry.check_supported_type(t.pytype) for t in input_types.values()):
+        raw, _ = registry.get_raw_bindings(function, input_types)
+        return list(raw)
+    return list(function.get_raw_bindings())
 
 
 def binding(indexed: dict[str, dict[str, Any]], function: str, kind: str) -> dict[str, Any]:
@@ -59,6 +79,15 @@ def test_blob_trigger_uses_event_grid_on_the_exports_container(indexed: dict[str
     assert trigger["connection"] == "EXPORTS_STORAGE"
     assert trigger["source"] == "EventGrid"
     assert binding(indexed, "segment_blob_trigger", "durableClient")["direction"] == "IN"
+
+
+def test_blob_trigger_gets_a_blob_client_instead_of_the_content(indexed: dict[str, dict[str, Any]]) -> None:
+    trigger = binding(indexed, "segment_blob_trigger", "blobTrigger")
+    client = binding(indexed, "segment_blob_trigger", "durableClient")
+
+    assert trigger["name"] == "blob_client"
+    assert trigger["properties"] == {"SupportsDeferredBinding": True}
+    assert client["properties"] == {"SupportsDeferredBinding": False}
 
 
 def test_timer_ticks_every_five_minutes(indexed: dict[str, dict[str, Any]]) -> None:

@@ -5,7 +5,9 @@ as written: HTTP functions under ``http://127.0.0.1:<port>/api/<route>`` with fu
 timers on their NCRONTAB schedules (with the schedule monitor's past-due catch-up), blob triggers
 by polling Azurite, and ``durableClient`` bindings backed by a local Durable HTTP API
 (``DurableClientApi``) over any ``OrchestrationBackend``. Orchestrator and activity triggers are
-the durable engine's job, not this module's.
+the durable engine's job, not this module's. A blob trigger typed as an SDK client (e.g.
+``blob.BlobClient``) gets that client built by the binding extension, as in Azure, and the blob is
+never downloaded here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ from devtools.local_host.blob_poller import (
     BlobTriggerSpec,
     LazyBlobStream,
     parse_blob_path,
+)
+from devtools.local_host.blob_sdk_types import (
+    SdkBlobBinding,
+    build_sdk_value,
+    connection_is_set,
+    parameter_type,
+    sdk_blob_binding,
 )
 from devtools.local_host.durable_client_api import (
     DEFAULT_SYSTEM_KEY,
@@ -140,6 +149,7 @@ class LocalFunctionsHost:
         self._routes: list[_Route] = []
         self._timers: dict[str, _Timer] = {}
         self._poller: BlobTriggerPoller | None = None
+        self._sdk_blobs: dict[str, SdkBlobBinding] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalFunctionsHost:
@@ -156,6 +166,7 @@ class LocalFunctionsHost:
             )
             for t in index.timers
         }
+        self._sdk_blobs = _sdk_blob_bindings(index)
         blob_specs = [
             BlobTriggerSpec(b.entry.name, parse_blob_path(resolve_settings(b.path, self._settings)))
             for b in index.blobs
@@ -271,7 +282,13 @@ class LocalFunctionsHost:
     def _invoke_blob(self, event: BlobEvent, stream: LazyBlobStream) -> None:
         assert self._index is not None
         function = next(b for b in self._index.blobs if b.entry.name == event.function)
-        self._call(function.entry, _blob_value(function, stream))
+        sdk = self._sdk_blobs.get(event.function)
+        if sdk is None:
+            self._call(function.entry, _blob_value(function, stream))
+            return
+        # Built per attempt, like the worker's per-invocation decode; the stream is never read.
+        value = build_sdk_value(sdk, event.container, event.blob_name, _trigger_metadata(event, stream.uri))
+        self._call(function.entry, value)
 
     # --- HTTP -------------------------------------------------------------------------------------------
     def _compile_routes(self, index: AppIndex) -> list[_Route]:
@@ -427,6 +444,41 @@ def _parse(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _sdk_blob_bindings(index: AppIndex) -> dict[str, SdkBlobBinding]:
+    """The blob triggers typed as SDK clients; fails at start, as indexing would, on a bad one.
+
+    The connection is checked here because the extension resolves it at every invocation from the
+    process environment: a missing setting would otherwise fail each blob five times into poison.
+    """
+    bindings: dict[str, SdkBlobBinding] = {}
+    for function in index.blobs:
+        entry = function.entry
+        pytype = parameter_type(entry.user_function, entry.trigger_param)
+        binding = sdk_blob_binding(entry.name, entry.trigger_type, pytype, function.connection)
+        if binding is None:
+            continue
+        if not connection_is_set(binding.connection):
+            raise KeyError(
+                f"blob trigger '{entry.name}' binds an SDK type, which the binding extension builds "
+                f"from connection setting '{binding.connection}' in the process environment (where "
+                "the worker finds app settings); it is not set there"
+            )
+        bindings[entry.name] = binding
+    return bindings
+
+
+def _trigger_metadata(event: BlobEvent, uri: str) -> dict[str, tuple[Any, str]]:
+    """The blob trigger's metadata as the host sends it, from the listing (no read of the blob)."""
+    metadata: dict[str, tuple[Any, str]] = {
+        "BlobTrigger": (event.full_name, "string"),
+        "Uri": (json.dumps(uri), "json"),
+        "Properties": (json.dumps(event.properties), "json"),
+        "Metadata": (json.dumps(event.metadata), "json"),
+    }
+    metadata.update({name: (value, "string") for name, value in event.path_params.items()})
+    return metadata
 
 
 def _blob_value(function: BlobFunction, stream: LazyBlobStream) -> Any:

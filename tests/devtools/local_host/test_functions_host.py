@@ -12,6 +12,8 @@ from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+import azure.storage.blob
+import azurefunctions.extensions.bindings.blob as blob
 import httpx
 import pytest
 from azure.storage.blob import ContainerClient
@@ -143,6 +145,28 @@ def double(value: int) -> int:
     return value * 2
 
 
+# --- a second toy app, whose blob trigger takes the SDK's BlobClient instead of the content ---
+sdk_app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@sdk_app.blob_trigger(
+    arg_name="client",
+    path="%TOY_CONTAINER%/sdk/{name}",
+    connection="TOY_STORAGE",
+    source=func.BlobSource.EVENT_GRID,
+)
+def on_sdk_blob(client: blob.BlobClient) -> None:
+    seen.add(
+        "on_sdk_blob",
+        {
+            "is_sdk_client": isinstance(client, azure.storage.blob.BlobClient),
+            "container": client.container_name,
+            "name": client.blob_name,
+            "size": client.get_blob_properties().size,
+        },
+    )
+
+
 # --- fixtures ---
 @pytest.fixture(autouse=True)
 def _fresh_recorder() -> None:
@@ -165,6 +189,7 @@ def make_host(
 
     def make(**options: Any) -> LocalFunctionsHost:
         chosen_backend = options.pop("backend", backend)
+        chosen_app = options.pop("app", app)
         settings: dict[str, Any] = {
             "blob_connection_string": azurite.connection_string,
             "state_dir": tmp_path / "host",
@@ -174,7 +199,7 @@ def make_host(
             "app_settings": {"TOY_CONTAINER": azurite_container.container_name},
         }
         settings.update(options)
-        host = LocalFunctionsHost(app, chosen_backend, **settings)
+        host = LocalFunctionsHost(chosen_app, chosen_backend, **settings)
         hosts.append(host)
         return host.start()
 
@@ -484,6 +509,41 @@ def test_background_polling_finds_new_blobs(
     azurite_container.upload_blob("incoming/late.csv", b"x")
 
     assert [c["data"] for c in seen.wait_for("on_blob")] == [b"x"]
+
+
+def test_sdk_typed_trigger_gets_a_working_client_for_the_new_blob(
+    make_host: Callable[..., LocalFunctionsHost],
+    azurite: Azurite,  # noqa: F811
+    azurite_container: ContainerClient,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The extension reads the connection from the process environment, as the worker's app settings.
+    monkeypatch.setenv("TOY_STORAGE", azurite.connection_string)
+    azurite_container.upload_blob("sdk/run-1/part.csv", b"email\na@example.org\n")
+    host = make_host(app=sdk_app)
+
+    outcomes = host.poll_blobs_once()
+
+    assert [(o.function, o.blob_name, o.status) for o in outcomes] == [
+        ("on_sdk_blob", "sdk/run-1/part.csv", "processed")
+    ]
+    assert seen.of("on_sdk_blob") == [
+        {
+            "is_sdk_client": True,
+            "container": azurite_container.container_name,
+            "name": "sdk/run-1/part.csv",
+            "size": len(b"email\na@example.org\n"),
+        }
+    ]
+
+
+def test_sdk_typed_trigger_without_its_connection_setting_fails_the_start(
+    make_host: Callable[..., LocalFunctionsHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TOY_STORAGE", raising=False)
+
+    with pytest.raises(KeyError, match="connection setting 'TOY_STORAGE'"):
+        make_host(app=sdk_app)
 
 
 # --- with the real durable engine ---
