@@ -12,18 +12,28 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
-from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TextIO
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO
 
 import click
 
 from shared.config import ConfigError, ExportConfig, ExportsConfig, load_config
-from shared.redact import mask_email
+from shared.redact import mask_email, scrub
 from shared.runs import ExportRun, manual_run, runs_from_model
 from shared.segment_file import SegmentFileError
-from shared.settings import DEFAULT_AUTOPILOT_BASE_URL
+from shared.settings import (
+    DEFAULT_AUTOPILOT_BASE_URL,
+    EXPORTS_STORAGE_CONNECTION,
+    HTTP_TIMEOUT_SECONDS,
+    MAX_RETRIES,
+    STORAGE_CONNECTION,
+    Settings,
+)
+
+if TYPE_CHECKING:
+    from shared.blob_store import BlobStore
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -33,19 +43,63 @@ EXIT_KEY = 5
 EXIT_EXPORT = 6
 EXIT_STATUS = 7
 
+ENDED_UNSUCCESSFULLY = frozenset({"Failed", "Terminated", "Canceled"})
+
+
+def _note_partial_report(out: Path) -> None:
+    """A failed export still wrote what it delivered: say where, before the error."""
+    report = out / "report.json"
+    if report.exists():
+        click.echo(f"report of what was delivered before the failure: {report}", err=True)
+
 
 def _fail(code: int, message: str) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
 
 
-def _load(config_path: str) -> ExportsConfig:
+def _storage(connection_string: str, what: str) -> BlobStore:
+    """A blob store, or exit 2: the SDK's own error for a bad string is a bare ValueError traceback."""
+    from shared.blob_store import BlobStore
+
     try:
-        return load_config(config_path)
+        return BlobStore.from_connection_string(connection_string)
+    except ValueError:
+        # Never echo the string: it carries the account key.
+        _fail(EXIT_USAGE, f"{what} is not a valid storage connection string")
+
+
+def _read_config_blob(container: str, name: str) -> bytes:
+    """``EXPORTS_CONFIG=blob:...`` names the app's storage, as in the Function App's settings."""
+    connection_string = os.environ.get(STORAGE_CONNECTION, "").strip()
+    if not connection_string:
+        raise ConfigError(
+            f"exports config 'blob:{container}/{name}': set {STORAGE_CONNECTION} to the storage "
+            "connection string to read it from this machine (or pass --config with a local copy)"
+        )
+    return _storage(connection_string, STORAGE_CONNECTION).read_bytes(container, name)
+
+
+def _load(config_path: str) -> ExportsConfig:
+    from azure.core.exceptions import AzureError
+
+    try:
+        return load_config(config_path, read_blob=_read_config_blob)
     except ConfigError as exc:
         _fail(EXIT_CONFIG, str(exc))
     except FileNotFoundError:
         _fail(EXIT_CONFIG, f"configuration file '{config_path}' not found (set --config or EXPORTS_CONFIG)")
+    except OSError as exc:
+        # A folder, or a file this user may not read: not a traceback.
+        _fail(EXIT_CONFIG, f"cannot read configuration file '{config_path}': {exc.strerror or exc}")
+    except AzureError as exc:
+        _fail(EXIT_CONFIG, f"cannot read configuration '{config_path}' from blob storage: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """SDK errors run to many lines (headers, request ids); one, with no address or key, is enough."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return scrub(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def _export(config: ExportsConfig, name: str) -> ExportConfig:
@@ -67,6 +121,19 @@ def _segment_name(export: ExportConfig, segment: str | None) -> str:
         names = ", ".join(s.name for s in export.segments)
         _fail(EXIT_USAGE, f"export '{export.name}' has no segment '{segment}' (configured: {names})")
     return found.name
+
+
+@contextmanager
+def _reading_input() -> Iterator[None]:
+    """Whatever goes wrong reading the input (a file, a blob, the storage account) is exit 4."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        yield
+    except (SegmentFileError, FileNotFoundError) as exc:
+        _fail(EXIT_INPUT, str(exc))
+    except AzureError as exc:
+        _fail(EXIT_INPUT, f"cannot read the input from blob storage: {_first_line(exc)}")
 
 
 class _Source:
@@ -99,29 +166,29 @@ def _resolve_source(
                 _fail(EXIT_INPUT, f"{file} describes no partitions of segment '{segment}'")
 
             def open_local(name: str) -> BinaryIO:
-                candidate = root / name
-                if not candidate.is_file():
-                    candidate = root / Path(name).relative_to(export.folder) if export.folder else candidate
-                return candidate.open("rb")
+                return _local_partition(root, name, file).open("rb")
 
             return _Source(runs[0], open_local)
         run = manual_run(export, segment, "", str(path))
         return _Source(run, lambda name: Path(name).open("rb"))
-    from shared.blob_store import BlobStore
-
     assert blob is not None
-    connection_string = connection_string or os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 (the Functions name)
     if not connection_string:
-        _fail(EXIT_USAGE, "--blob needs --connection-string or the AzureWebJobsStorage environment variable")
+        _fail(
+            EXIT_USAGE,
+            f"--blob needs --connection-string or the {EXPORTS_STORAGE_CONNECTION} or "
+            f"{STORAGE_CONNECTION} environment variable",
+        )
     container, _, name = blob.partition("/")
     if not name:
         _fail(EXIT_USAGE, f"--blob must be CONTAINER/NAME, got '{blob}'")
-    store = BlobStore.from_connection_string(connection_string)
+    store = _storage(connection_string, "--connection-string")
     if name.endswith("model.json"):
         try:
             model = parse_model_json(store.read_bytes(container, name), source=blob, container=container)
         except FileNotFoundError:
             _fail(EXIT_INPUT, f"blob '{blob}' not found")
+        except (ValueError, SegmentFileError) as exc:
+            _fail(EXIT_INPUT, str(exc))
         runs = [r for r in runs_from_model(export, model, container) if r.segment == segment]
         if not runs:
             _fail(EXIT_INPUT, f"{blob} describes no partitions of segment '{segment}'")
@@ -129,6 +196,21 @@ def _resolve_source(
     if not store.exists(container, name):
         _fail(EXIT_INPUT, f"blob '{blob}' not found")
     return _Source(manual_run(export, segment, container, name), lambda n: store.open_read(container, n))
+
+
+def _local_partition(root: Path, name: str, model_file: str) -> Path:
+    """Where a partition of a local ``model.json`` is on disk.
+
+    Its location is a blob name (``<export folder>/<segment>/<run>/<file>.csv``) while the copy on
+    disk may sit under any folder: the longest tail of that name found next to ``model.json`` wins,
+    so a whole container copied out, the export's folder alone or a flat folder all work.
+    """
+    parts = PurePosixPath(name).parts
+    for start in range(len(parts)):
+        candidate = root.joinpath(*parts[start:])
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"partition '{name}' listed in {model_file} was not found under {root}")
 
 
 def _default_out(run: ExportRun) -> Path:
@@ -202,7 +284,10 @@ def _input_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--file", type=click.Path(dir_okay=False), help="A local CSV, or a local model.json."),
         click.option("--blob", help="CONTAINER/NAME of a CSV or model.json blob."),
         click.option(
-            "--connection-string", envvar="AzureWebJobsStorage", help="Storage connection for --blob."
+            "--connection-string",
+            envvar=[EXPORTS_STORAGE_CONNECTION, STORAGE_CONNECTION],
+            help=f"Storage connection string for --blob (default: {EXPORTS_STORAGE_CONNECTION}, "
+            f"else {STORAGE_CONNECTION}).",
         ),
         click.option(
             "--out", "out_dir", type=click.Path(file_okay=False), help="Where the report and rejects go."
@@ -238,15 +323,13 @@ def plan(
     config = _load(config_path)
     export = _export(config, export_name)
     segment_name = _segment_name(export, segment)
-    source = _resolve_source(export, segment_name, file, blob, connection_string)
-    out = Path(out_dir) if out_dir else _default_out(source.run)
     list_title = export.segment(segment_name).list_title  # type: ignore[union-attr]
-    try:
+    with _reading_input():
+        source = _resolve_source(export, segment_name, file, blob, connection_string)
+        out = Path(out_dir) if out_dir else _default_out(source.run)
         result = export_locally(
             source.run, export, list_title, source.open_file, out, client=None, batch_size=batch_size
         )
-    except (SegmentFileError, FileNotFoundError) as exc:
-        _fail(EXIT_INPUT, str(exc))
     if not as_json:
         click.echo(f"dry run of {export.name}/{segment_name} -> Autopilot list '{list_title}' (nothing sent)")
         for item in result.sample[:show]:
@@ -264,6 +347,22 @@ def plan(
     "--base-url", envvar="AUTOPILOT_BASE_URL", default=DEFAULT_AUTOPILOT_BASE_URL, show_default=True
 )
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32))
+@click.option(
+    "--max-retries",
+    envvar=MAX_RETRIES,
+    default=8,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help=f"Retries per Autopilot request (429, 5xx, no answer); env {MAX_RETRIES}.",
+)
+@click.option(
+    "--timeout",
+    envvar=HTTP_TIMEOUT_SECONDS,
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help=f"Seconds per Autopilot request; env {HTTP_TIMEOUT_SECONDS}.",
+)
 def export(
     config_path: str,
     export_name: str,
@@ -278,6 +377,8 @@ def export(
     vault_url: str | None,
     base_url: str,
     concurrency: int,
+    max_retries: int,
+    timeout: float,
 ) -> None:
     """Export a file or blob into Autopilot now, from this machine."""
     from shared.autopilot_client import AutopilotAuthError, AutopilotClient, AutopilotError, ClientStats
@@ -288,14 +389,18 @@ def export(
     export_config = _export(config, export_name)
     segment_name = _segment_name(export_config, segment)
     connection = config.connection_for(export_config)
-    source = _resolve_source(export_config, segment_name, file, blob, connection_string)
+    with _reading_input():
+        source = _resolve_source(export_config, segment_name, file, blob, connection_string)
     out = Path(out_dir) if out_dir else _default_out(source.run)
     try:
         if key_env:
             key_source: Any = EnvironmentKeySource(key_env)
         elif vault_url:
             key_source = key_source_for(
-                vault_url, connection.key_secret_name, cache_seconds=600, verify_challenge_resource=True
+                vault_url,
+                connection.key_secret_name,
+                cache_seconds=600,
+                verify_challenge_resource=Settings.from_env().key_vault_verify_challenge_resource,
             )
         else:
             _fail(EXIT_USAGE, "give --key-env VARIABLE or --vault-url (or set KEY_VAULT_URL)")
@@ -311,6 +416,8 @@ def export(
                 key_source,
                 connection_name=connection.name,
                 requests_per_second=connection.requests_per_second,
+                timeout=timeout,
+                max_retries=max_retries,
                 stats=stats,
             )
         )
@@ -325,25 +432,35 @@ def export(
             bar.update(1)
 
         try:
-            result = export_locally(
-                source.run,
-                export_config,
-                list_title,
-                source.open_file,
-                out,
-                client=client,
-                batch_size=batch_size,
-                concurrency=concurrency,
-                on_batch=on_batch,
-                stats=stats.snapshot,
-            )
-        except (SegmentFileError, FileNotFoundError) as exc:
-            _fail(EXIT_INPUT, str(exc))
+            with _reading_input():
+                result = export_locally(
+                    source.run,
+                    export_config,
+                    list_title,
+                    source.open_file,
+                    out,
+                    client=client,
+                    batch_size=batch_size,
+                    concurrency=concurrency,
+                    on_batch=on_batch,
+                    stats=stats.snapshot,
+                )
         except AutopilotAuthError as exc:
+            _note_partial_report(out)
+            if key_env:
+                # The client's advice (fix the Key Vault secret) does not apply to a key given here.
+                _fail(
+                    EXIT_KEY,
+                    f"Autopilot rejected the API key in environment variable {key_env} for connection "
+                    f"'{connection.name}' (HTTP {exc.status_code}). Check the key in Autopilot: it may "
+                    "have been regenerated.",
+                )
             _fail(EXIT_KEY, str(exc))
         except AutopilotError as exc:
+            _note_partial_report(out)
             _fail(EXIT_EXPORT, str(exc))
         except KeyVaultAccessError as exc:
+            _note_partial_report(out)
             _fail(EXIT_KEY, str(exc))
     _print_report(result.report.to_dict(), result.rejects_path, as_json)
 
@@ -375,17 +492,36 @@ def status(
             response = httpx.get(f"{base}/{path}", params=params, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
             _fail(EXIT_STATUS, f"cannot reach {url}: {exc}")
+        if response.status_code in (401, 403):
+            # The Functions host answers these with an empty body: say what is wrong instead.
+            given = "was refused" if code else "is missing"
+            _fail(
+                EXIT_STATUS,
+                f"{response.status_code} from {url}: the function key {given} "
+                "(give --code or set SEGMENT_EXPORT_FUNCTION_KEY)",
+            )
         try:
-            body: dict[str, Any] = response.json()
+            body = response.json()
         except ValueError:
-            body = {"error": response.text[:200]}
+            body = None
         if response.status_code >= 400:
-            _fail(EXIT_STATUS, f"{response.status_code} from {url}: {body.get('error', body)}")
+            error = body.get("error", body) if isinstance(body, dict) else response.text[:200]
+            _fail(EXIT_STATUS, f"{response.status_code} from {url}: {error or response.reason_phrase}")
+        if not isinstance(body, dict):
+            _fail(
+                EXIT_STATUS,
+                f"{url} did not answer with the segment-export API's JSON at /api/{path} "
+                "(is --url the Function App's base URL?)",
+            )
         return body
 
     if instance_id is None:
         params = {"export": export_name} if export_name else {}
-        runs = get("runs", params)["runs"]
+        runs = get("runs", params).get("runs")
+        if not isinstance(runs, list):
+            _fail(
+                EXIT_STATUS, f"{url} answered /api/runs without a list of runs (is --url the Function App?)"
+            )
         if as_json:
             click.echo(json.dumps(runs, indent=2))
             return
@@ -403,14 +539,19 @@ def status(
         body = watch_run(lambda: get(f"runs/{instance_id}"), sys.stderr)
     if as_json:
         click.echo(json.dumps(body, indent=2))
-        return
-    click.echo(f"run {body['instance_id']}: {body['runtime_status']}")
-    output = body.get("output")
-    if isinstance(output, dict):
-        _print_report(output, Path(str(output.get("rejects_blob"))), False)
-    elif body.get("custom_status"):
-        click.echo(json.dumps(body["custom_status"], indent=2))
-    if body["runtime_status"] == "Failed":
+    else:
+        click.echo(f"run {body['instance_id']}: {body['runtime_status']}")
+        output = body.get("output")
+        if isinstance(output, dict):
+            _print_report(output, Path(str(output.get("rejects_blob"))), False)
+        else:
+            if body.get("custom_status"):
+                click.echo(json.dumps(body["custom_status"], indent=2))
+            if isinstance(output, str) and output:
+                click.echo(f"error: {output}")
+    # A script following a run (``status ID --watch && next-step``) must not go on after one that
+    # did not complete, whatever the output format.
+    if body["runtime_status"] in ENDED_UNSUCCESSFULLY:
         sys.exit(EXIT_EXPORT)
 
 

@@ -18,6 +18,7 @@ from typing import IO, BinaryIO
 
 from shared.autopilot_client import AutopilotClient, UpsertOutcome
 from shared.config import ExportConfig
+from shared.redact import scrub
 from shared.report import RunReport, UploadTotals, build_report, merge_rejects
 from shared.runs import ExportRun
 from shared.staging import (
@@ -89,31 +90,35 @@ def export_locally(
     totals = UploadTotals()
     list_id: str | None = None
     sample = staging.read_batch(1)[:5] if summary.batches else []
+    error: Exception | None = None
     if client is not None and summary.batches:
-        list_id = client.find_or_create_list(list_title)
         refused_parts: list[bytes] = []
+        try:
+            list_id = client.find_or_create_list(list_title)
 
-        def upload(index: int) -> tuple[UpsertOutcome, list[StagedContact]]:
-            items = staging.read_batch(index)
-            return client.upsert_contacts([i.contact for i in items], list_id), items
+            def upload(index: int) -> tuple[UpsertOutcome, list[StagedContact]]:
+                items = staging.read_batch(index)
+                return client.upsert_contacts([i.contact for i in items], list_id), items
 
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for index, (outcome, items) in enumerate(
-                pool.map(upload, range(1, summary.batches + 1)), start=1
-            ):
-                totals.add(
-                    {"batches_done": 1, "uploaded": outcome.uploaded, "refused": len(outcome.rejected)}
-                )
-                if outcome.rejected:
-                    refused_parts.append(refused_rejects_csv(outcome.rejected, items))
-                if on_batch is not None:
-                    on_batch(index, summary.batches)
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                for index, (outcome, items) in enumerate(
+                    pool.map(upload, range(1, summary.batches + 1)), start=1
+                ):
+                    totals.add(
+                        {"batches_done": 1, "uploaded": outcome.uploaded, "refused": len(outcome.rejected)}
+                    )
+                    if outcome.rejected:
+                        refused_parts.append(refused_rejects_csv(outcome.rejected, items))
+                    if on_batch is not None:
+                        on_batch(index, summary.batches)
+        except Exception as exc:  # noqa: BLE001 - reported below, then re-raised for the caller's exit code
+            error = exc
         for number, part in enumerate(refused_parts, start=1):
             (staging.root / f"upload-rejects-{number:06d}.csv").write_bytes(part)
     if stats is not None:
         totals.add(stats())
     finished = datetime.now(UTC)
-    status = "dry-run" if client is None else "completed"
+    status = "dry-run" if client is None else ("failed" if error else "completed")
     run_input = run.to_input(dry_run=client is None, trigger="cli")
     report = build_report(
         run=run_input,
@@ -125,6 +130,7 @@ def export_locally(
         started_at=started.isoformat(),
         finished_at=finished.isoformat(),
         duration_seconds=(finished - started).total_seconds(),
+        error=scrub(str(error)) if error else None,
     )
     rejects_path = out_dir / "rejects.csv"
     parts = [staging.root / PLAN_REJECTS, *sorted(staging.root.glob("upload-rejects-*.csv"))]
@@ -140,6 +146,8 @@ def export_locally(
     report_path = out_dir / "report.json"
     report.report_blob = str(report_path)
     report_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    if client is not None:
-        shutil.rmtree(staging.root, ignore_errors=True)
+    # Staged batches hold full email addresses: they never outlive the command, dry run or not.
+    shutil.rmtree(staging.root, ignore_errors=True)
+    if error is not None:
+        raise error
     return LocalExportResult(report=report, rejects_path=rejects_path, report_path=report_path, sample=sample)
