@@ -12,8 +12,9 @@ import io
 import json
 import logging
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Protocol
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REJECTS_HEADER = ("file", "row", "reason", "detail")
 PLAN_REJECTS = "plan-rejects.csv"
+DUPLICATE_DETAIL = "email already seen earlier in this run (the first occurrence is uploaded)"
 
 
 @dataclass(frozen=True)
@@ -116,21 +118,74 @@ def batch_name(index: int) -> str:
     return f"batch-{index:06d}.jsonl"
 
 
+def _compact_json() -> Callable[[Any], str]:
+    """Compact JSON text of a value, non-ASCII kept as is, from the C encoder built once.
+
+    ``json.dumps`` with options builds a new encoder object per call; at a million contacts that
+    setup cost as much as the encoding itself (profiled: encoding was a third of the plan's time).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python implementation): the same output, slower
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def unsupported(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    try:
+        encode = make(None, unsupported, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        fast: Callable[[Any], str] = lambda value: "".join(encode(value, 0))  # noqa: E731
+        probe = {"files": [[0, 'a,"b".csv']], "contacts": [(1, {"Email": "z@x.io", "custom": {"n": 1.5}})]}
+        if fast(probe) == fallback(probe):
+            return fast
+    except TypeError:  # the private C encoder's signature changed in another Python version
+        pass
+    return fallback
+
+
+_to_json = _compact_json()
+
+
+def _encode_document(files: list[list[Any]], contacts: list[tuple[int, dict[str, Any]]]) -> bytes:
+    return _to_json({"files": files, "contacts": contacts}).encode("utf-8")
+
+
 def encode_batch(items: Sequence[StagedContact]) -> bytes:
-    """One JSON array per line ``[file, row, contact]``: self-describing, and streamable line by line."""
-    return "".join(
-        json.dumps([item.file, item.row, item.contact], ensure_ascii=False, separators=(",", ":")) + "\n"
-        for item in items
-    ).encode("utf-8")
+    """One JSON object: ``{"files": [[first, name], ...], "contacts": [[row, contact], ...]}``,
+    where contacts from index ``first`` on (up to the next entry's) come from file ``name``.
+
+    One encoder call for the whole batch, and each file named once rather than on every contact:
+    encoding was the largest single cost of planning a million rows (see BENCHMARKS.md).
+    """
+    files: list[list[Any]] = []
+    contacts: list[tuple[int, dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        if not files or files[-1][1] != item.file:
+            files.append([index, item.file])
+        contacts.append((item.row, item.contact))
+    return _encode_document(files, contacts)
 
 
 def decode_batch(data: bytes) -> list[StagedContact]:
-    items = []
-    for line in data.decode("utf-8").splitlines():
-        if line:
-            file_name, row, contact = json.loads(line)
-            items.append(StagedContact(file=file_name, row=int(row), contact=contact))
-    return items
+    """Reads what :func:`encode_batch` writes, and the JSON lines ``[file, row, contact]`` of
+    earlier versions (a run staged before an upgrade still uploads after it)."""
+    text = data.decode("utf-8")
+    if not text.startswith("{"):
+        items = []
+        for line in text.splitlines():
+            if line:
+                file_name, row, contact = json.loads(line)
+                items.append(StagedContact(file=file_name, row=int(row), contact=contact))
+        return items
+    document = json.loads(text)
+    contacts = document["contacts"]
+    spans = document["files"]
+    ends = [int(first) for first, _ in spans[1:]] + [len(contacts)]
+    return [
+        StagedContact(file=str(name), row=int(row), contact=contact)
+        for (first, name), end in zip(spans, ends, strict=True)
+        for row, contact in contacts[int(first) : end]
+    ]
 
 
 class RejectsWriter:
@@ -167,18 +222,34 @@ def plan_run(
     on_progress: Callable[[int], None] | None = None,
 ) -> PlanSummary:
     """Read every file of the run once; stage valid unique contacts, reject the rest with a reason."""
+    with _BatchWriter(sink) as writer:
+        summary = _plan(run, export, open_file, writer, batch_size=batch_size, on_progress=on_progress)
+    return summary
+
+
+def _plan(
+    run: ExportRun,
+    export: ExportConfig,
+    open_file: Callable[[str], BinaryIO],
+    writer: _BatchWriter,
+    *,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None,
+) -> PlanSummary:
     summary = PlanSummary()
     duplicates = DuplicateFilter()
     reasons: Counter[str] = Counter()
-    batch: list[StagedContact] = []
+    batch: list[tuple[int, dict[str, Any]]] = []  # (row, contact)
+    batch_files: list[list[Any]] = []  # [first index in batch, file name], as encode_batch writes
     rejects: RejectsWriter | None = None
 
     def flush() -> None:
         if batch:
             summary.batches += 1
-            sink.write_batch(summary.batches, encode_batch(batch))
+            writer.write_batch(summary.batches, _encode_document(batch_files, batch))
             summary.staged += len(batch)
             batch.clear()
+        batch_files.clear()
 
     for file_name in run.files:
         file_rows = 0
@@ -193,47 +264,75 @@ def plan_run(
             if rejects is None:
                 summary.columns = list(segment_file.columns)
                 rejects = RejectsWriter(_non_email_columns(segment_file.columns, export.email_column))
-            for outcome in _mapped_rows(mapper, segment_file.rows, duplicates):
+            # The hot loop (a million iterations): map, then de-duplicate (the first occurrence of
+            # an email wins, later ones are rejected as duplicates); bound methods looked up once.
+            map_row, seen_before, append = mapper.map_row, duplicates.seen_before, batch.append
+            batch_files.append([len(batch), file_name])
+            for row in segment_file.rows:
                 file_rows += 1
-                if isinstance(outcome, RowReject):
-                    reasons[outcome.reason] += 1
-                    rejects.add(file_name, outcome)
-                else:
-                    batch.append(StagedContact(file_name, outcome[0], outcome[1]))
-                    if len(batch) >= batch_size:
-                        flush()
                 if on_progress is not None and file_rows % 50_000 == 0:
                     on_progress(summary.rows_read + file_rows)
+                outcome = map_row(row)
+                if isinstance(outcome, tuple):
+                    email, contact = outcome
+                    if not seen_before(email):
+                        append((row.row_number, contact))
+                        if len(batch) >= batch_size:
+                            flush()
+                            batch_files.append([0, file_name])
+                        continue
+                    outcome = RowReject(
+                        row_number=row.row_number,
+                        reason=REJECT_DUPLICATE_EMAIL,
+                        detail=DUPLICATE_DETAIL,
+                        values=mapper.reject_values(row),
+                    )
+                reasons[outcome.reason] += 1
+                rejects.add(file_name, outcome)
         summary.rows_read += file_rows
         summary.files.append({"file": file_name, "rows": file_rows})
         log.info("planned file %s: %d rows", file_name, file_rows)
     flush()
+    writer.drain()
     summary.rejected = dict(sorted(reasons.items()))
     if rejects is None:
         rejects = RejectsWriter(())
-    sink.write_rejects(PLAN_REJECTS, rejects.finish())
+    writer.sink.write_rejects(PLAN_REJECTS, rejects.finish())
     return summary
 
 
-def _mapped_rows(
-    mapper: ContactMapper, rows: Iterator[Any], duplicates: DuplicateFilter
-) -> Iterator[RowReject | tuple[int, dict[str, Any]]]:
-    """Map and de-duplicate: first occurrence of an email wins, later ones are rejected as duplicates."""
-    for row in rows:
-        outcome = mapper.map_row(row)
-        if isinstance(outcome, RowReject):
-            yield outcome
-            continue
-        email, contact = outcome
-        if duplicates.seen_before(email):
-            yield RowReject(
-                row_number=row.row_number,
-                reason=REJECT_DUPLICATE_EMAIL,
-                detail="email already seen earlier in this run (the first occurrence is uploaded)",
-                values=mapper.reject_values(row),
-            )
-            continue
-        yield row.row_number, contact
+class _BatchWriter:
+    """Hands staged batches to the sink from one background thread, a few at a time.
+
+    Writing a batch to blob storage is a network round trip (~7 ms on Azurite, more in Azure) during
+    which reading and mapping can go on: the upload releases the GIL while it waits. At most
+    ``pending`` encoded batches wait (memory stays flat), one thread keeps the writes in order, and
+    the first failed write is raised in the planning thread.
+    """
+
+    def __init__(self, sink: StagingSink, pending: int = 4) -> None:
+        self.sink = sink
+        self._limit = pending
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-stage")
+        self._pending: deque[Future[None]] = deque()
+
+    def write_batch(self, index: int, data: bytes) -> None:
+        while len(self._pending) >= self._limit or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self.sink.write_batch, index, data))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> _BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On an error, batches not yet written are dropped: the activity fails and is retried whole.
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def _non_email_columns(columns: Sequence[str], email_column: str) -> list[str]:
