@@ -22,7 +22,7 @@ from devtools.autopilot_server import RequestRecord, max_in_window
 from devtools.demo import check_report
 from devtools.local_host.history import ORCHESTRATOR_STARTED
 from devtools.local_host.instance_store import InstanceStore
-from devtools.local_stack import EXPORTS_CONTAINER, LocalStack, example_config
+from devtools.local_stack import EXPORTS_CONTAINER, LocalStack, example_config, wait_until_done
 from devtools.sample_data import GeneratedRun, directory_writer, generate_run
 
 _MEMBERSHIP = re.compile(r"^/list/[^/]+/contact/[^/]+$")
@@ -84,17 +84,6 @@ def _wait_for_instance(api: Any, timeout: float) -> str:
     raise TimeoutError(f"no run started within {timeout:.0f} s of the export being written")
 
 
-def _wait_until_done(api: Any, instance_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = api.get(f"runs/{instance_id}").json()
-        if body.get("runtime_status") not in {"Pending", "Running", "ContinuedAsNew", None}:
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {instance_id} still {body.get('runtime_status')} after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
 def histories(state_dir: Path) -> list[dict[str, Any]]:
     """Per instance of the runner's task hub: stored history events and episodes (replays) it took."""
     store = InstanceStore(state_dir)
@@ -138,7 +127,7 @@ def export_run(
                 with (export_folder / name).open("rb") as handle:
                     container.upload_blob(name, handle, overwrite=True, max_concurrency=2)
             instance_id = _wait_for_instance(api, 120)
-            body = _wait_until_done(api, instance_id, timeout)
+            body = wait_until_done(api, instance_id, timeout=timeout, interval=0.1)
             # When the status says "done" (polled every 0.1 s): the engine's own timestamps are
             # whole seconds, too coarse for a ratio to a floor of 100 s.
             completed = time.monotonic()

@@ -228,7 +228,9 @@ def wait_for_runs(
         time.sleep(0.3)
 
 
-def wait_until_done(api: httpx.Client, instance_id: str, *, timeout: float) -> dict[str, Any]:
+def wait_until_done(
+    api: httpx.Client, instance_id: str, *, timeout: float, interval: float = 0.3
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         body: dict[str, Any] = api.get(f"runs/{instance_id}").json()
@@ -238,7 +240,7 @@ def wait_until_done(api: httpx.Client, instance_id: str, *, timeout: float) -> d
             raise TimeoutError(
                 f"run {instance_id} still {body.get('runtime_status')} after {timeout}s: {body}"
             )
-        time.sleep(0.3)
+        time.sleep(interval)
 
 
 def iter_container(service: BlobServiceClient, container: str, prefix: str = "") -> Iterator[str]:
