@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,6 @@ def build_context(settings: Settings, **overrides: Any) -> AppContext:
         results=results,
         **overrides,
     )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def plan(ctx: AppContext, run_input: dict[str, Any]) -> dict[str, Any]:
@@ -252,10 +248,16 @@ def write_report(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
         json.dumps(report.to_dict(), indent=2).encode("utf-8"),
         content_type="application/json",
     )
-    if report.status == "completed":
-        for name in ctx.results.list_names(container, f"{prefix}/"):
-            if name.endswith(".jsonl"):
-                ctx.results.service.get_blob_client(container, name).delete_blob()
+    if not report.accounted:
+        log.error(
+            "run %s does not add up: %d rows read, %d uploaded, %d rejected; staged batches are kept",
+            report.instance_id,
+            report.rows_read,
+            report.contacts_uploaded,
+            report.rejected_total,
+        )
+    elif report.status == "completed":
+        ctx.results.delete_prefix(container, f"{prefix}/", suffix=".jsonl")
     log.info(
         "run %s %s: %d read, %d uploaded, rejected %s",
         report.instance_id,
@@ -265,8 +267,3 @@ def write_report(ctx: AppContext, payload: dict[str, Any]) -> dict[str, Any]:
         report.rejected,
     )
     return report.to_dict()
-
-
-def now_iso() -> str:
-    """Wall-clock time for callers outside an orchestration (which must use its own replay-safe clock)."""
-    return _now()

@@ -162,17 +162,17 @@ class BlobStore:
         for item in self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None):
             yield str(item.name)
 
-    def delete_prefix(self, container: str, prefix: str) -> int:
-        """Remove staged files of a finished run; returns how many were deleted."""
+    def delete_prefix(self, container: str, prefix: str, *, suffix: str = "") -> int:
+        """Remove staged files of a finished run (those ending in ``suffix``); returns how many.
+
+        A blob already gone is fine: the report activity may run twice (at-least-once delivery).
+        """
         client = self._service.get_container_client(container)
         count = 0
-        for name in list(self.list_names(container, prefix)):
+        for name in [n for n in self.list_names(container, prefix) if n.endswith(suffix)]:
             try:
                 client.delete_blob(name)
                 count += 1
             except ResourceNotFoundError:
                 continue
         return count
-
-    def url_of(self, container: str, name: str) -> str:
-        return str(self._service.get_blob_client(container, name).url)

@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.activities import AppContext
 from shared.orchestration import UPLOAD_ORCHESTRATOR, sub_instance_id
-from shared.runs import ExportRun, RunNotFoundError, _slug, latest_runs, named_run
+from shared.runs import ExportRun, RunNotFoundError, instance_id_prefix, latest_runs, named_run
 from shared.starter import RUNNING_STATES, DurableClient, start_run
 
 _SUB_ID = re.compile(r"-u\d{4}$")
@@ -217,7 +217,7 @@ async def list_runs(client: Any, params: dict[str, str]) -> ApiResponse:
         except ValueError:
             allowed = ", ".join(s.value for s in OrchestrationRuntimeStatus)
             return error(400, f"'status' must be one of {allowed}", "status")
-    prefix = f"{_slug(export)}-" if export else None
+    prefix = instance_id_prefix(export) if export else None
     found = await client.get_status_by(runtime_status=statuses, instance_id_prefix=prefix)
     runs = [
         _status_dict(s)

@@ -97,11 +97,6 @@ class RunReport:
         data["rejected_total"] = self.rejected_total
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunReport:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 def build_report(
     *,

@@ -68,7 +68,7 @@ class ExportRun:
         """Stable across triggers; durable instance ids cannot hold '/', so the run is hashed."""
         key = "|".join((self.export, self.segment, self.container, self.run_folder, self.version))
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-        return f"{_slug(self.export)}-{_slug(self.segment)}-{digest}"
+        return f"{instance_id_prefix(self.export)}{_slug(self.segment)}-{digest}"
 
     @property
     def label(self) -> str:
@@ -121,6 +121,11 @@ class ExportRun:
             columns=tuple(data["columns"]) if data.get("columns") is not None else None,
             version=data.get("version", ""),
         )
+
+
+def instance_id_prefix(export: str) -> str:
+    """What every run of one export's instance id starts with (the HTTP API lists runs by it)."""
+    return f"{_slug(export)}-"
 
 
 def _slug(text: str) -> str:

@@ -71,17 +71,6 @@ class PlanSummary:
             "columns": list(self.columns),
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PlanSummary:
-        return cls(
-            rows_read=int(data["rows_read"]),
-            staged=int(data["staged"]),
-            batches=int(data["batches"]),
-            rejected={str(k): int(v) for k, v in data.get("rejected", {}).items()},
-            files=list(data.get("files", [])),
-            columns=list(data.get("columns", [])),
-        )
-
 
 class StagingSink(Protocol):
     """Where staged batches and the plan's rejects go (blob storage in Azure, a folder for the CLI)."""

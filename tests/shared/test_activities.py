@@ -328,6 +328,9 @@ def test_report_is_written_next_to_the_run_with_totals_that_add_up(
     assert stored["rows_read"] == stored["contacts_uploaded"] + stored["rejected_total"]
     assert stored["api_requests"] >= 2
     assert stored["list_id"].startswith("contactlist_")
+    staged = list(ctx.results.list_names(ctx.settings.results_container, "staging/"))
+    assert [n for n in staged if n.endswith(".jsonl")] == []
+    assert any(n.endswith("/plan-rejects.csv") for n in staged)
 
 
 def test_a_key_autopilot_refuses_even_after_a_refresh_fails_the_batch_at_once(stack: dict[str, Any]) -> None:
